@@ -1,0 +1,62 @@
+//! The `broadside` command line: `serve`, `migrate`, and client commands.
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, DatabaseArgs, ServeArgs};
+
+/// Broadside: bulk SMS campaigns over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "broadside", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (migrations run first).
+    Serve(Box<ServeArgs>),
+    /// Run database migrations and exit.
+    Migrate(DatabaseArgs),
+}
+
+/// Runs the command line; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = Config::try_from(*args)?;
+            crate::telemetry::init_tracing(config.log_format);
+            let server = crate::server::Server::start(config).await?;
+            let token = server.shutdown_token();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                token.cancel();
+            });
+            server.wait().await
+        }
+        Command::Migrate(args) => {
+            crate::telemetry::init_tracing(crate::config::LogFormat::Text);
+            let store = crate::store::Store::connect(&args.database_url).await?;
+            store.migrate().await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

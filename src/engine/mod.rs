@@ -1,0 +1,411 @@
+//! The dispatch engine: claims due messages, sends them through the provider
+//! stack, records their outcomes, and keeps the queue healthy.
+//!
+//! Four kinds of task run under one [`TaskTracker`]:
+//! - the dispatcher claims batches fairly (transactional sends first, then an
+//!   equal share per running campaign) while fewer messages are in flight
+//!   than about half a second of the current rate, and spawns a send for each;
+//! - each send waits for its pacing slot, calls the provider, and turns the
+//!   answer into a [`Disposition`] with the retry policy;
+//! - the recorder writes dispositions in batches, message rows and campaign
+//!   counters in one transaction, then tells watchers;
+//! - the housekeeper starts scheduled campaigns and rescues expired leases.
+//!
+//! Shutdown stops claiming at once, lets sends already past their pacing slot
+//! finish and be recorded, and hands the rest back to the queue.
+
+pub mod pacing;
+mod stack;
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceExt;
+use tracing::Instrument;
+
+pub use pacing::{Pacer, PacerStats};
+pub use stack::{ProviderStack, build_stack};
+
+use crate::domain::{Disposition, RetryPolicy, time::now_millis};
+use crate::progress::ProgressHub;
+use crate::provider::{SmsRequest, outcome_of};
+use crate::store::{
+    Store,
+    queue::{Claimed, Recorded},
+};
+
+/// Outcomes recorded per transaction, at most.
+const RECORD_BATCH: usize = 1000;
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This replica's lease owner id; unique per process.
+    pub owner: String,
+    /// Provider name recorded on messages, e.g. `twilio`.
+    pub provider: String,
+    /// Messages per second for the provider account, across replicas.
+    pub rate: f64,
+    pub policy: RetryPolicy,
+    /// How long a claim is held before another worker may rescue it.
+    pub lease: Duration,
+    /// The most messages in flight at once, whatever the rate.
+    pub max_in_flight: usize,
+    /// The most messages claimed per query.
+    pub claim_batch: usize,
+    /// How often the dispatcher looks for due work when nothing wakes it.
+    pub poll_interval: Duration,
+    /// How often scheduled campaigns and expired leases are checked.
+    pub housekeeping_interval: Duration,
+}
+
+/// What the engine reports about its provider.
+#[derive(Debug, Clone)]
+pub struct DispatchStats {
+    pub provider: String,
+    pub pacer: PacerStats,
+    pub in_flight: i64,
+    pub queue_depth: i64,
+}
+
+/// A running engine. Cloning shares it.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: EngineConfig,
+    stack: ProviderStack,
+    pacer: Arc<Pacer>,
+    hub: ProgressHub,
+    /// Set when new work may be due (a start, a resume, a send).
+    wake: Notify,
+    /// Set when recorded outcomes free room for more claims.
+    freed: Notify,
+    in_flight: AtomicI64,
+    /// Claims whose send never started; handed back at shutdown.
+    unstarted: Mutex<Vec<String>>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Engine {
+    /// Starts the engine's tasks. They stop when `shutdown` is cancelled;
+    /// [`Engine::drain`] then waits for them.
+    pub fn start(
+        store: Store,
+        config: EngineConfig,
+        stack: ProviderStack,
+        pacer: Arc<Pacer>,
+        hub: ProgressHub,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            store,
+            config,
+            stack,
+            pacer,
+            hub,
+            wake: Notify::new(),
+            freed: Notify::new(),
+            in_flight: AtomicI64::new(0),
+            unstarted: Mutex::new(Vec::new()),
+            shutdown,
+            tracker: TaskTracker::new(),
+        });
+        let (outcomes, received) = mpsc::channel(RECORD_BATCH * 4);
+        inner.tracker.spawn(
+            inner
+                .clone()
+                .dispatch(outcomes)
+                .instrument(tracing::info_span!("dispatcher")),
+        );
+        inner.tracker.spawn(
+            inner
+                .clone()
+                .record(received)
+                .instrument(tracing::info_span!("recorder")),
+        );
+        inner.tracker.spawn(
+            inner
+                .clone()
+                .housekeep()
+                .instrument(tracing::info_span!("housekeeper")),
+        );
+        Self { inner }
+    }
+
+    /// Tells the dispatcher that work may be due now.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    pub async fn stats(&self) -> Result<DispatchStats, crate::store::StoreError> {
+        Ok(DispatchStats {
+            provider: self.inner.config.provider.clone(),
+            pacer: self.inner.pacer.stats().await,
+            in_flight: self.inner.in_flight.load(Ordering::Relaxed),
+            queue_depth: self.inner.store.queue_depth().await?,
+        })
+    }
+
+    /// After the shutdown token is cancelled: waits for sends in flight to be
+    /// recorded, then returns unstarted claims to the queue.
+    pub async fn drain(&self) {
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+        let unstarted = std::mem::take(&mut *self.inner.unstarted.lock().expect("unstarted lock"));
+        if unstarted.is_empty() {
+            return;
+        }
+        match self
+            .inner
+            .store
+            .release(&self.inner.config.owner, &unstarted, now_millis())
+            .await
+        {
+            Ok(released) => tracing::info!(released, "returned unstarted claims to the queue"),
+            Err(error) => tracing::error!(
+                error = %error,
+                "could not return unstarted claims; they return when their lease expires"
+            ),
+        }
+    }
+}
+
+impl Inner {
+    /// Claims while there is room, spawning a send per claimed message.
+    async fn dispatch(self: Arc<Self>, outcomes: mpsc::Sender<Recorded>) {
+        let mut rotation = 0;
+        while !self.shutdown.is_cancelled() {
+            let room = self.target_in_flight().await - self.in_flight.load(Ordering::Acquire);
+            let claimed = if room > 0 {
+                let want = (room as usize).min(self.config.claim_batch);
+                match self.claim_fair(want, &mut rotation).await {
+                    Ok(claimed) => claimed,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "claim failed; will retry");
+                        Vec::new()
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+
+            if claimed.is_empty() {
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    () = self.freed.notified() => {}
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                    () = self.shutdown.cancelled() => {}
+                }
+                continue;
+            }
+
+            tracing::debug!(claimed = claimed.len(), "claimed a batch");
+            self.in_flight
+                .fetch_add(claimed.len() as i64, Ordering::AcqRel);
+            metrics::gauge!("broadside_in_flight")
+                .set(self.in_flight.load(Ordering::Relaxed) as f64);
+            for message in claimed {
+                self.tracker
+                    .spawn(self.clone().send(message, outcomes.clone()));
+            }
+        }
+    }
+
+    /// About half a second of sends at the current rate: enough to keep the
+    /// provider busy, few enough that a transactional send claimed next waits
+    /// behind no more than that.
+    async fn target_in_flight(&self) -> i64 {
+        let rate = self.pacer.current_rate().await;
+        ((rate * 0.5) as i64).clamp(16, self.config.max_in_flight as i64)
+    }
+
+    /// Transactional sends first; then an equal share for each running
+    /// campaign, starting with a different one each time, with what a small
+    /// campaign leaves over going to the others.
+    async fn claim_fair(
+        &self,
+        want: usize,
+        rotation: &mut usize,
+    ) -> Result<Vec<Claimed>, crate::store::StoreError> {
+        let now = now_millis();
+        let lease_until = now + self.config.lease.as_millis() as i64;
+        let owner = &self.config.owner;
+
+        let mut claimed = self
+            .store
+            .claim(owner, None, want as u64, lease_until, now)
+            .await?;
+        let mut active = if claimed.len() < want {
+            self.store.running_campaigns().await?
+        } else {
+            Vec::new()
+        };
+        if !active.is_empty() {
+            let turn = *rotation % active.len();
+            active.rotate_left(turn);
+            *rotation = rotation.wrapping_add(1);
+        }
+
+        while claimed.len() < want && !active.is_empty() {
+            let remaining = want - claimed.len();
+            let share = remaining.div_ceil(active.len());
+            let mut still_active = Vec::new();
+            for campaign in active {
+                let take = share.min(want - claimed.len());
+                if take == 0 {
+                    break;
+                }
+                let batch = self
+                    .store
+                    .claim(owner, Some(&campaign), take as u64, lease_until, now)
+                    .await?;
+                if batch.len() == take {
+                    still_active.push(campaign);
+                }
+                claimed.extend(batch);
+            }
+            active = still_active;
+        }
+        Ok(claimed)
+    }
+
+    /// Sends one claimed message and hands its disposition to the recorder.
+    async fn send(self: Arc<Self>, message: Claimed, outcomes: mpsc::Sender<Recorded>) {
+        let request = SmsRequest {
+            message_id: message.id.clone(),
+            to: message.to_number,
+            from: message.sender,
+            body: message.body,
+        };
+        let started = Instant::now();
+        let result = self.stack.clone().oneshot(request).await;
+        if let Err(error) = &result
+            && error.is::<pacing::NotStarted>()
+        {
+            self.unstarted
+                .lock()
+                .expect("unstarted lock")
+                .push(message.id);
+            return;
+        }
+        metrics::histogram!("broadside_provider_request_seconds", "provider" => self.config.provider.clone())
+            .record(started.elapsed().as_secs_f64());
+
+        let outcome = outcome_of(result);
+        let attempts = u32::try_from(message.attempts).unwrap_or(u32::MAX);
+        let disposition = self.config.policy.decide(attempts, outcome, now_millis());
+        let label = match &disposition {
+            Disposition::Sent { .. } => "sent",
+            Disposition::Retry { .. } => "retried",
+            Disposition::Failed { .. } => "failed",
+        };
+        metrics::counter!("broadside_messages_total", "outcome" => label, "provider" => self.config.provider.clone())
+            .increment(1);
+        tracing::debug!(message_id = %message.id, attempts, outcome = label, "send finished");
+
+        let recorded = Recorded {
+            id: message.id,
+            disposition,
+        };
+        if outcomes.send(recorded).await.is_err() {
+            tracing::error!(
+                "recorder has stopped; the lease will return this message to the queue"
+            );
+        }
+    }
+
+    /// Writes outcomes in batches until every sender is gone.
+    async fn record(self: Arc<Self>, mut received: mpsc::Receiver<Recorded>) {
+        let mut batch = Vec::with_capacity(RECORD_BATCH);
+        while received.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+            self.record_batch(&batch).await;
+            self.in_flight
+                .fetch_sub(batch.len() as i64, Ordering::AcqRel);
+            metrics::gauge!("broadside_in_flight")
+                .set(self.in_flight.load(Ordering::Relaxed) as f64);
+            self.freed.notify_one();
+            batch.clear();
+        }
+    }
+
+    /// Records one batch, retrying until the database takes it: an outcome
+    /// dropped here would send its message again once the lease expired.
+    async fn record_batch(&self, batch: &[Recorded]) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self
+                .store
+                .record(
+                    &self.config.owner,
+                    &self.config.provider,
+                    batch,
+                    now_millis(),
+                )
+                .await
+            {
+                Ok(summary) => {
+                    if summary.written < batch.len() as u64 {
+                        tracing::warn!(
+                            lost = batch.len() as u64 - summary.written,
+                            "outcomes ignored: their lease had expired and was rescued"
+                        );
+                    }
+                    self.hub
+                        .notify(summary.campaigns.iter().map(String::as_str));
+                    for campaign_id in summary.completed {
+                        tracing::info!(campaign_id, "campaign completed");
+                    }
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, size = batch.len(), "recording outcomes failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Starts scheduled campaigns and rescues expired leases, periodically.
+    async fn housekeep(self: Arc<Self>) {
+        let at_most_once = self.config.policy.delivery == crate::domain::Delivery::AtMostOnce;
+        loop {
+            let now = now_millis();
+            match self.store.activate_scheduled(now).await {
+                Ok(started) if !started.is_empty() => {
+                    for campaign_id in &started {
+                        tracing::info!(campaign_id, "scheduled campaign started");
+                    }
+                    self.hub.notify(started.iter().map(String::as_str));
+                    self.wake.notify_one();
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(error = %error, "starting scheduled campaigns failed"),
+            }
+            match self.store.rescue_expired(now, at_most_once).await {
+                Ok(0) => {}
+                Ok(rescued) => {
+                    tracing::warn!(rescued, "rescued messages whose lease expired");
+                    self.wake.notify_one();
+                }
+                Err(error) => tracing::warn!(error = %error, "rescuing expired leases failed"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.config.housekeeping_interval) => {}
+                () = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+}
