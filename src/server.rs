@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppState, campaigns::Campaigns, dispatch::Dispatch};
 use crate::config::{Config, ProviderConfig};
-use crate::engine::{Engine, EngineConfig, Pacer, build_stack};
+use crate::engine::{Engine, EngineConfig, Pacer, RunningCampaigns, build_stack};
 use crate::pb::{
     self, campaign_service_server::CampaignServiceServer,
     dispatch_service_server::DispatchServiceServer,
@@ -111,15 +111,18 @@ fn start_engine(
         store.clone(),
         shutdown.clone(),
     ));
+    let running = RunningCampaigns::default();
     let stack = match &config.provider {
         ProviderConfig::Simulator(simulator) => build_stack(
             Simulator::new(*simulator),
             pacer.clone(),
+            running.admission(),
             config.provider_timeout,
         ),
         ProviderConfig::Twilio(twilio) => build_stack(
             Twilio::new(twilio.clone()).context("building the Twilio client")?,
             pacer.clone(),
+            running.admission(),
             config.provider_timeout,
         ),
     };
@@ -139,6 +142,7 @@ fn start_engine(
         engine_config,
         stack,
         pacer,
+        running,
         hub,
         shutdown,
     ))

@@ -11,16 +11,19 @@
 //!   counters in one transaction, then tells watchers;
 //! - the housekeeper starts scheduled campaigns and rescues expired leases.
 //!
-//! Shutdown stops claiming at once, lets sends already past their pacing slot
-//! finish and be recorded, and hands the rest back to the queue.
+//! A send whose campaign stopped running (paused, cancelled) while it waited
+//! for its pacing slot never reaches the provider: it is handed back to the
+//! queue with its attempt undone. Shutdown does the same for every send not
+//! yet started, and lets those already past their slot finish and be recorded.
 
 pub mod pacing;
 mod stack;
 
 use std::{
+    collections::HashSet,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicI64, Ordering},
+        Arc, RwLock,
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -30,7 +33,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 use tracing::Instrument;
 
-pub use pacing::{Pacer, PacerStats};
+pub use pacing::{Admission, Pacer, PacerStats};
 pub use stack::{ProviderStack, build_stack};
 
 use crate::domain::{Disposition, RetryPolicy, time::now_millis};
@@ -75,6 +78,29 @@ pub struct DispatchStats {
     pub queue_depth: i64,
 }
 
+/// The campaigns this replica last saw RUNNING, refreshed every dispatch
+/// round; a send whose campaign left the set is not started.
+#[derive(Debug, Clone, Default)]
+pub struct RunningCampaigns(Arc<RwLock<HashSet<String>>>);
+
+impl RunningCampaigns {
+    /// The admission check for the pacing layer: transactional sends always
+    /// go; campaign sends only while their campaign runs.
+    pub fn admission(&self) -> Admission {
+        let running = self.0.clone();
+        Arc::new(move |request| match &request.campaign_id {
+            None => true,
+            Some(id) => running.read().expect("running lock").contains(id),
+        })
+    }
+
+    fn replace(&self, ids: &[String]) {
+        let mut running = self.0.write().expect("running lock");
+        running.clear();
+        running.extend(ids.iter().cloned());
+    }
+}
+
 /// A running engine. Cloning shares it.
 #[derive(Clone)]
 pub struct Engine {
@@ -92,8 +118,9 @@ struct Inner {
     /// Set when recorded outcomes free room for more claims.
     freed: Notify,
     in_flight: AtomicI64,
-    /// Claims whose send never started; handed back at shutdown.
-    unstarted: Mutex<Vec<String>>,
+    running: RunningCampaigns,
+    /// Provider latency, smoothed, in microseconds.
+    latency_us: AtomicU64,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -106,6 +133,7 @@ impl Engine {
         config: EngineConfig,
         stack: ProviderStack,
         pacer: Arc<Pacer>,
+        running: RunningCampaigns,
         hub: ProgressHub,
         shutdown: CancellationToken,
     ) -> Self {
@@ -118,7 +146,8 @@ impl Engine {
             wake: Notify::new(),
             freed: Notify::new(),
             in_flight: AtomicI64::new(0),
-            unstarted: Mutex::new(Vec::new()),
+            running,
+            latency_us: AtomicU64::new(0),
             shutdown,
             tracker: TaskTracker::new(),
         });
@@ -158,27 +187,11 @@ impl Engine {
         })
     }
 
-    /// After the shutdown token is cancelled: waits for sends in flight to be
-    /// recorded, then returns unstarted claims to the queue.
+    /// After the shutdown token is cancelled: waits until every send has
+    /// finished or been handed back, and every outcome is recorded.
     pub async fn drain(&self) {
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
-        let unstarted = std::mem::take(&mut *self.inner.unstarted.lock().expect("unstarted lock"));
-        if unstarted.is_empty() {
-            return;
-        }
-        match self
-            .inner
-            .store
-            .release(&self.inner.config.owner, &unstarted, now_millis())
-            .await
-        {
-            Ok(released) => tracing::info!(released, "returned unstarted claims to the queue"),
-            Err(error) => tracing::error!(
-                error = %error,
-                "could not return unstarted claims; they return when their lease expires"
-            ),
-        }
     }
 }
 
@@ -188,17 +201,12 @@ impl Inner {
         let mut rotation = 0;
         while !self.shutdown.is_cancelled() {
             let room = self.target_in_flight().await - self.in_flight.load(Ordering::Acquire);
-            let claimed = if room > 0 {
-                let want = (room as usize).min(self.config.claim_batch);
-                match self.claim_fair(want, &mut rotation).await {
-                    Ok(claimed) => claimed,
-                    Err(error) => {
-                        tracing::warn!(error = %error, "claim failed; will retry");
-                        Vec::new()
-                    }
+            let claimed = match self.claim_round(room, &mut rotation).await {
+                Ok(claimed) => claimed,
+                Err(error) => {
+                    tracing::warn!(error = %error, "claim failed; will retry");
+                    Vec::new()
                 }
-            } else {
-                Vec::new()
             };
 
             if claimed.is_empty() {
@@ -223,12 +231,30 @@ impl Inner {
         }
     }
 
-    /// About half a second of sends at the current rate: enough to keep the
-    /// provider busy, few enough that a transactional send claimed next waits
-    /// behind no more than that.
+    /// About half a second of sends at the current rate, plus what the
+    /// provider's latency holds in flight: enough to keep the provider busy,
+    /// few enough that a transactional send claimed next waits behind no more
+    /// than that.
     async fn target_in_flight(&self) -> i64 {
         let rate = self.pacer.current_rate().await;
-        ((rate * 0.5) as i64).clamp(16, self.config.max_in_flight as i64)
+        let latency = self.latency_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let target = rate * (0.5 + 1.5 * latency) + 4.0;
+        (target as i64).min(self.config.max_in_flight as i64)
+    }
+
+    /// Refreshes the running set, then claims if there is room.
+    async fn claim_round(
+        &self,
+        room: i64,
+        rotation: &mut usize,
+    ) -> Result<Vec<Claimed>, crate::store::StoreError> {
+        let running = self.store.running_campaigns().await?;
+        self.running.replace(&running);
+        if room <= 0 {
+            return Ok(Vec::new());
+        }
+        let want = (room as usize).min(self.config.claim_batch);
+        self.claim_fair(want, running, rotation).await
     }
 
     /// Transactional sends first; then an equal share for each running
@@ -237,6 +263,7 @@ impl Inner {
     async fn claim_fair(
         &self,
         want: usize,
+        running: Vec<String>,
         rotation: &mut usize,
     ) -> Result<Vec<Claimed>, crate::store::StoreError> {
         let now = now_millis();
@@ -248,7 +275,7 @@ impl Inner {
             .claim(owner, None, want as u64, lease_until, now)
             .await?;
         let mut active = if claimed.len() < want {
-            self.store.running_campaigns().await?
+            running
         } else {
             Vec::new()
         };
@@ -285,6 +312,7 @@ impl Inner {
     async fn send(self: Arc<Self>, message: Claimed, outcomes: mpsc::Sender<Recorded>) {
         let request = SmsRequest {
             message_id: message.id.clone(),
+            campaign_id: message.campaign_id,
             to: message.to_number,
             from: message.sender,
             body: message.body,
@@ -294,14 +322,19 @@ impl Inner {
         if let Err(error) = &result
             && error.is::<pacing::NotStarted>()
         {
-            self.unstarted
-                .lock()
-                .expect("unstarted lock")
-                .push(message.id);
+            let unstarted = Recorded {
+                id: message.id,
+                disposition: None,
+            };
+            if outcomes.send(unstarted).await.is_err() {
+                tracing::error!("recorder has stopped; the lease will return this message");
+            }
             return;
         }
+        let elapsed = started.elapsed();
+        self.observe_latency(elapsed);
         metrics::histogram!("broadside_provider_request_seconds", "provider" => self.config.provider.clone())
-            .record(started.elapsed().as_secs_f64());
+            .record(elapsed.as_secs_f64());
 
         let outcome = outcome_of(result);
         let attempts = u32::try_from(message.attempts).unwrap_or(u32::MAX);
@@ -317,13 +350,27 @@ impl Inner {
 
         let recorded = Recorded {
             id: message.id,
-            disposition,
+            disposition: Some(disposition),
         };
         if outcomes.send(recorded).await.is_err() {
             tracing::error!(
                 "recorder has stopped; the lease will return this message to the queue"
             );
         }
+    }
+
+    /// Folds one call's duration into the smoothed provider latency.
+    fn observe_latency(&self, elapsed: Duration) {
+        let sample = elapsed.as_micros() as u64;
+        let _ = self
+            .latency_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    sample
+                } else {
+                    (old * 9 + sample) / 10
+                })
+            });
     }
 
     /// Writes outcomes in batches until every sender is gone.

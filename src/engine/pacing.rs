@@ -32,10 +32,14 @@ const DECREASE_SPACING_US: i64 = 250_000;
 /// Slots reserved per trip to the database, in seconds of traffic.
 const CHUNK_SECONDS: f64 = 0.1;
 
-/// The send was never started because the engine is shutting down.
+/// The send was never started: the engine is shutting down, or the message's
+/// campaign stopped running while it waited for its slot.
 #[derive(Debug, thiserror::Error)]
-#[error("send not started: shutting down")]
+#[error("send not started")]
 pub struct NotStarted;
+
+/// Decides, once a send's slot has come, whether it may still go out.
+pub type Admission = Arc<dyn Fn(&SmsRequest) -> bool + Send + Sync>;
 
 /// What the pacer reports about itself.
 #[derive(Debug, Clone, Copy)]
@@ -245,14 +249,17 @@ fn interval(rate: f64) -> i64 {
 }
 
 /// The tower layer that puts a [`Pacer`] in front of a provider.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PacingLayer {
     pacer: Arc<Pacer>,
+    admission: Admission,
 }
 
 impl PacingLayer {
-    pub fn new(pacer: Arc<Pacer>) -> Self {
-        Self { pacer }
+    /// Paces calls with `pacer`; a call whose slot comes when `admission`
+    /// refuses it fails with [`NotStarted`] instead of reaching the provider.
+    pub fn new(pacer: Arc<Pacer>, admission: Admission) -> Self {
+        Self { pacer, admission }
     }
 }
 
@@ -263,15 +270,17 @@ impl<S> Layer<S> for PacingLayer {
         Pacing {
             inner,
             pacer: self.pacer.clone(),
+            admission: self.admission.clone(),
         }
     }
 }
 
 /// A provider stack whose calls wait for their slot.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Pacing<S> {
     inner: S,
     pacer: Arc<Pacer>,
+    admission: Admission,
 }
 
 impl<S> Service<SmsRequest> for Pacing<S>
@@ -292,8 +301,12 @@ where
     fn call(&mut self, request: SmsRequest) -> Self::Future {
         let inner = self.inner.clone();
         let pacer = self.pacer.clone();
+        let admission = self.admission.clone();
         Box::pin(async move {
             pacer.acquire().await?;
+            if !admission(&request) {
+                return Err(NotStarted.into());
+            }
             let result = inner.oneshot(request).await.map_err(Into::into);
             pacer.observe(&result).await;
             result

@@ -8,15 +8,20 @@ use std::{sync::Arc, time::Duration};
 
 use tower::{ServiceBuilder, retry::RetryLayer, timeout::TimeoutLayer, util::BoxCloneSyncService};
 
-use super::pacing::{Pacer, PacingLayer};
+use super::pacing::{Admission, Pacer, PacingLayer};
 use crate::provider::{Accepted, BoxError, ProviderError, SmsRequest, retry::UnsentRetry};
 
 /// A provider behind its middleware, type-erased and cheap to clone.
 pub type ProviderStack = BoxCloneSyncService<SmsRequest, Accepted, BoxError>;
 
-/// Wraps `provider` in pacing, a per-call timeout and the retry of unsent
-/// requests.
-pub fn build_stack<P>(provider: P, pacer: Arc<Pacer>, timeout: Duration) -> ProviderStack
+/// Wraps `provider` in pacing (with its admission check), a per-call timeout
+/// and the retry of unsent requests.
+pub fn build_stack<P>(
+    provider: P,
+    pacer: Arc<Pacer>,
+    admission: Admission,
+    timeout: Duration,
+) -> ProviderStack
 where
     P: tower::Service<SmsRequest, Response = Accepted, Error = ProviderError>
         + Clone
@@ -26,7 +31,7 @@ where
     P::Future: Send + 'static,
 {
     let stack = ServiceBuilder::new()
-        .layer(PacingLayer::new(pacer))
+        .layer(PacingLayer::new(pacer, admission))
         .layer(TimeoutLayer::new(timeout))
         .layer(RetryLayer::new(UnsentRetry::default()))
         .service(provider);

@@ -23,6 +23,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct SmsRequest {
     /// Broadside's message id, for tracing; never sent to the provider.
     pub message_id: String,
+    /// The campaign it belongs to; `None` for a transactional send.
+    pub campaign_id: Option<String>,
     /// Recipient in E.164.
     pub to: String,
     pub from: String,

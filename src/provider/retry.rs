@@ -63,6 +63,7 @@ mod tests {
     fn request() -> SmsRequest {
         SmsRequest {
             message_id: "m".into(),
+            campaign_id: None,
             to: "+14155550100".into(),
             from: "Broadside".into(),
             body: "hi".into(),

@@ -34,7 +34,10 @@ pub struct Claimed {
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub id: String,
-    pub disposition: Disposition,
+    /// `None` when the send never started (its campaign was paused or
+    /// cancelled while it waited, or the engine is shutting down): the claim
+    /// is handed back and its attempt undone.
+    pub disposition: Option<Disposition>,
 }
 
 /// What recording a batch changed.
@@ -105,27 +108,30 @@ impl Store {
             ),
             None => ("campaign_id IS NULL", ""),
         };
-        // Postgres: skip rows another replica is claiming. SQLite has no row
-        // locks and runs one process, so the single UPDATE is enough.
-        let skip_locked = if self.is_postgres() {
-            " FOR UPDATE SKIP LOCKED"
+        // Postgres: skip rows another replica is claiming, and pick them in a
+        // materialized CTE so the LIMIT is applied once (a locking subquery
+        // inside IN may be re-run and claim more). SQLite has no row locks
+        // and runs one process, so the CTE alone is enough.
+        let (materialized, skip_locked) = if self.is_postgres() {
+            (" MATERIALIZED", " FOR UPDATE SKIP LOCKED")
         } else {
-            ""
+            ("", "")
         };
         let sql = format!(
-            "UPDATE messages SET state = 'sending', lease_owner = ?, lease_expires_at = ?, \
+            "WITH picked AS{materialized} (SELECT id FROM messages WHERE state = 'queued' \
+             AND {scope} AND next_attempt_at <= ?{running} ORDER BY next_attempt_at LIMIT ?{skip_locked}) \
+             UPDATE messages SET state = 'sending', lease_owner = ?, lease_expires_at = ?, \
              attempts = attempts + 1, updated_at = ? \
-             WHERE id IN (SELECT id FROM messages WHERE state = 'queued' AND {scope} \
-             AND next_attempt_at <= ?{running} ORDER BY next_attempt_at LIMIT ?{skip_locked}) \
-             AND state = 'queued' \
+             WHERE id IN (SELECT id FROM picked) AND state = 'queued' \
              RETURNING id, campaign_id, to_number, sender, body, attempts"
         );
-        let mut values: Vec<Value> = vec![owner.into(), lease_until.into(), now.into()];
+        let mut values: Vec<Value> = Vec::new();
         if let Some(id) = campaign_id {
             values.push(id.into());
         }
         values.push(now.into());
         values.push((limit as i64).into());
+        values.extend([owner.into(), lease_until.into(), now.into()]);
         Ok(Claimed::find_by_statement(self.statement(&sql, values))
             .all(&self.db)
             .await?)
@@ -145,12 +151,16 @@ impl Store {
         let mut retried: BTreeSet<String> = BTreeSet::new();
         let mut written = 0;
 
-        let (sent, rest): (Vec<_>, Vec<_>) = outcomes
-            .iter()
-            .partition(|o| matches!(o.disposition, Disposition::Sent { .. }));
-        let (failed, retries): (Vec<_>, Vec<_>) = rest
-            .into_iter()
-            .partition(|o| matches!(o.disposition, Disposition::Failed { .. }));
+        let (mut sent, mut failed, mut retries, mut unstarted) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for outcome in outcomes {
+            match &outcome.disposition {
+                Some(Disposition::Sent { .. }) => sent.push(outcome),
+                Some(Disposition::Failed { .. }) => failed.push(outcome),
+                Some(Disposition::Retry { .. }) => retries.push(outcome),
+                None => unstarted.push(outcome.id.clone()),
+            }
+        }
 
         for chunk in sent.chunks(UPDATE_CHUNK) {
             let campaigns = self.write_sent(&txn, owner, provider, chunk, now).await?;
@@ -173,6 +183,11 @@ impl Store {
             written += campaigns.len() as u64;
             retried.extend(campaigns.into_iter().flatten());
         }
+        for chunk in unstarted.chunks(UPDATE_CHUNK) {
+            let campaigns = self.release(&txn, owner, chunk, now).await?;
+            written += campaigns.len() as u64;
+            retried.extend(campaigns.into_iter().flatten());
+        }
 
         let summary = self.apply_counts(&txn, &deltas, &retried, now).await?;
         txn.commit().await?;
@@ -189,9 +204,9 @@ impl Store {
     ) -> Result<Vec<Option<String>>, StoreError> {
         let mut values: Vec<Value> = vec![now.into(), now.into(), provider.into()];
         for outcome in chunk {
-            let Disposition::Sent {
+            let Some(Disposition::Sent {
                 provider_message_id,
-            } = &outcome.disposition
+            }) = &outcome.disposition
             else {
                 unreachable!("partitioned by disposition")
             };
@@ -220,7 +235,7 @@ impl Store {
     ) -> Result<Vec<Option<String>>, StoreError> {
         let mut values: Vec<Value> = vec![now.into(), provider.into()];
         for outcome in chunk {
-            let Disposition::Failed { code, message } = &outcome.disposition else {
+            let Some(Disposition::Failed { code, message }) = &outcome.disposition else {
                 unreachable!("partitioned by disposition")
             };
             values.push(outcome.id.clone().into());
@@ -250,7 +265,7 @@ impl Store {
     ) -> Result<Vec<Option<String>>, StoreError> {
         let mut values: Vec<Value> = vec![now.into(), provider.into()];
         for outcome in chunk {
-            let Disposition::Retry { at, code, message } = &outcome.disposition else {
+            let Some(Disposition::Retry { at, code, message }) = &outcome.disposition else {
                 unreachable!("partitioned by disposition")
             };
             values.push(outcome.id.clone().into());
@@ -410,29 +425,22 @@ impl Store {
 
     /// Gives back claims `owner` never started sending, undoing their
     /// attempt, so another worker can take them at once.
-    pub async fn release(
+    async fn release(
         &self,
+        txn: &DatabaseTransaction,
         owner: &str,
         ids: &[String],
         now: Millis,
-    ) -> Result<u64, StoreError> {
-        let mut released = 0;
-        for chunk in ids.chunks(UPDATE_CHUNK) {
-            let mut values: Vec<Value> = vec![now.into(), now.into(), owner.into()];
-            values.extend(chunk.iter().map(|id| Value::from(id.clone())));
-            let sql = format!(
-                "UPDATE messages SET state = 'queued', attempts = attempts - 1, \
-                 lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = ?, updated_at = ? \
-                 WHERE lease_owner = ? AND state = 'sending' AND id IN ({})",
-                placeholders(chunk.len())
-            );
-            released += self
-                .db
-                .execute_raw(self.statement(&sql, values))
-                .await?
-                .rows_affected();
-        }
-        Ok(released)
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        let mut values: Vec<Value> = vec![now.into(), now.into(), owner.into()];
+        values.extend(ids.iter().map(|id| Value::from(id.clone())));
+        let sql = format!(
+            "UPDATE messages SET state = 'queued', attempts = attempts - 1, \
+             lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = ?, updated_at = ? \
+             WHERE lease_owner = ? AND state = 'sending' AND id IN ({}) RETURNING campaign_id",
+            placeholders(ids.len())
+        );
+        returning_campaigns(txn, self.statement(&sql, values)).await
     }
 
     /// Messages waiting in the queue (due now or later), across replicas.
