@@ -106,6 +106,7 @@ fn start_engine(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Engine> {
     let pacer = Arc::new(Pacer::new(
+        config.provider.name().into(),
         config.provider.account_key(),
         config.rate_limit,
         store.clone(),

@@ -23,9 +23,9 @@ use std::{
     collections::HashSet,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicI64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokio::sync::{Notify, mpsc};
@@ -119,8 +119,6 @@ struct Inner {
     freed: Notify,
     in_flight: AtomicI64,
     running: RunningCampaigns,
-    /// Provider latency, smoothed, in microseconds.
-    latency_us: AtomicU64,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -147,7 +145,6 @@ impl Engine {
             freed: Notify::new(),
             in_flight: AtomicI64::new(0),
             running,
-            latency_us: AtomicU64::new(0),
             shutdown,
             tracker: TaskTracker::new(),
         });
@@ -237,7 +234,7 @@ impl Inner {
     /// than that.
     async fn target_in_flight(&self) -> i64 {
         let rate = self.pacer.current_rate().await;
-        let latency = self.latency_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let latency = self.pacer.latency().as_secs_f64();
         let target = rate * (0.5 + 1.5 * latency) + 4.0;
         (target as i64).min(self.config.max_in_flight as i64)
     }
@@ -317,7 +314,6 @@ impl Inner {
             from: message.sender,
             body: message.body,
         };
-        let started = Instant::now();
         let result = self.stack.clone().oneshot(request).await;
         if let Err(error) = &result
             && error.is::<pacing::NotStarted>()
@@ -331,10 +327,6 @@ impl Inner {
             }
             return;
         }
-        let elapsed = started.elapsed();
-        self.observe_latency(elapsed);
-        metrics::histogram!("broadside_provider_request_seconds", "provider" => self.config.provider.clone())
-            .record(elapsed.as_secs_f64());
 
         let outcome = outcome_of(result);
         let attempts = u32::try_from(message.attempts).unwrap_or(u32::MAX);
@@ -357,20 +349,6 @@ impl Inner {
                 "recorder has stopped; the lease will return this message to the queue"
             );
         }
-    }
-
-    /// Folds one call's duration into the smoothed provider latency.
-    fn observe_latency(&self, elapsed: Duration) {
-        let sample = elapsed.as_micros() as u64;
-        let _ = self
-            .latency_us
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(if old == 0 {
-                    sample
-                } else {
-                    (old * 9 + sample) / 10
-                })
-            });
     }
 
     /// Writes outcomes in batches until every sender is gone.

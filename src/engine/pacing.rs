@@ -71,7 +71,10 @@ struct State {
 /// Paces one provider account.
 #[derive(Debug)]
 pub struct Pacer {
+    provider: String,
     account: String,
+    /// Provider call duration, smoothed, in microseconds (pacing wait excluded).
+    latency_us: std::sync::atomic::AtomicU64,
     configured_rate: f64,
     store: Store,
     shutdown: CancellationToken,
@@ -83,10 +86,18 @@ fn now_us() -> i64 {
 }
 
 impl Pacer {
-    pub fn new(account: String, rate: f64, store: Store, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        provider: String,
+        account: String,
+        rate: f64,
+        store: Store,
+        shutdown: CancellationToken,
+    ) -> Self {
         let now = now_us();
         Self {
+            provider,
             account,
+            latency_us: std::sync::atomic::AtomicU64::new(0),
             configured_rate: rate,
             store,
             shutdown,
@@ -156,8 +167,12 @@ impl Pacer {
         slot
     }
 
-    /// Learns from a send's result: counts acceptances, slows down on throttles.
-    pub async fn observe(&self, result: &Result<Accepted, BoxError>) {
+    /// Learns from a provider call that took `elapsed`: counts acceptances,
+    /// slows down on throttles, tracks latency.
+    pub async fn observe(&self, result: &Result<Accepted, BoxError>, elapsed: Duration) {
+        self.observe_latency(elapsed);
+        metrics::histogram!("broadside_provider_request_seconds", "provider" => self.provider.clone())
+            .record(elapsed.as_secs_f64());
         let mut state = self.state.lock().await;
         let now = now_us();
         match result {
@@ -187,6 +202,25 @@ impl Pacer {
             throttle_events: state.throttle_events,
             accepted: state.accepted,
         }
+    }
+
+    fn observe_latency(&self, elapsed: Duration) {
+        use std::sync::atomic::Ordering;
+        let sample = elapsed.as_micros() as u64;
+        let _ = self
+            .latency_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    sample
+                } else {
+                    (old * 9 + sample) / 10
+                })
+            });
+    }
+
+    /// The provider's smoothed call duration, pacing wait excluded.
+    pub fn latency(&self) -> Duration {
+        Duration::from_micros(self.latency_us.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The rate the pacer sends at now.
@@ -307,8 +341,9 @@ where
             if !admission(&request) {
                 return Err(NotStarted.into());
             }
+            let started = std::time::Instant::now();
             let result = inner.oneshot(request).await.map_err(Into::into);
-            pacer.observe(&result).await;
+            pacer.observe(&result, started.elapsed()).await;
             result
         })
     }

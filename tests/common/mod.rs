@@ -224,6 +224,29 @@ impl TestServer {
         }
     }
 
+    /// Polls until nothing of the campaign is in flight: its counts hold still
+    /// for a few polls.
+    pub async fn wait_until_idle(&mut self, id: &str, within: Duration) -> pb::Campaign {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut last = self.campaign(id).await;
+        let mut still = 0;
+        while still < 8 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never idle: {last:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let current = self.campaign(id).await;
+            still = if current.counts == last.counts {
+                still + 1
+            } else {
+                0
+            };
+            last = current;
+        }
+        last
+    }
+
     /// Creates a campaign of the given recipients, started or not.
     pub async fn create(&mut self, recipients: Vec<pb::Recipient>, start: bool) -> pb::Campaign {
         self.campaigns
