@@ -315,9 +315,9 @@ fn fingerprint_create(hasher: &mut Sha256, request: &pb::CreateCampaignRequest) 
         .as_ref()
         .map(convert::millis)
         .unwrap_or(i64::MIN);
-    hasher.update(&scheduled.to_le_bytes());
-    hasher.update(&[u8::from(request.start)]);
-    hasher.update(&(request.recipients.len() as u64).to_le_bytes());
+    hasher.update(scheduled.to_le_bytes());
+    hasher.update([u8::from(request.start)]);
+    hasher.update((request.recipients.len() as u64).to_le_bytes());
     for recipient in &request.recipients {
         hash_field(hasher, &recipient.phone);
         hash_map(hasher, &recipient.variables);

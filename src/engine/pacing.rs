@@ -139,6 +139,12 @@ impl Pacer {
         let now = now_us();
         state.recover(now, self.configured_rate);
 
+        // Slots whose time passed long ago are given up, not spent in a
+        // burst: the budget never holds more than one chunk of credit.
+        let stale_before = now - (CHUNK_SECONDS * 1e6) as i64;
+        if state.remaining > 0 && state.next_slot_us < stale_before {
+            state.remaining = 0;
+        }
         if state.remaining == 0 {
             let start_at = now.max(state.throttled_until_us);
             let chunk = ((state.current_rate * CHUNK_SECONDS) as u32).max(1);
