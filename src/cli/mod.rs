@@ -1,4 +1,6 @@
-//! The `broadside` command line: `serve`, `migrate`, and client commands.
+//! The `broadside` command line: `serve`, `migrate`, `bench`, and client commands.
+
+mod bench;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +20,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Run database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Measure ingest, dispatch, pacing, watch latency and memory end to end.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -41,6 +45,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

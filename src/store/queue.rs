@@ -5,6 +5,13 @@
 //! recorded. Every write that finishes a message also moves its campaign's
 //! counters, in the same transaction, and is fenced by the lease owner: a
 //! worker whose lease was taken from it changes nothing.
+//!
+//! `lease_owner` is set only while a message is SENDING (every write that
+//! leaves SENDING clears it), so the fence tests the owner alone. Adding
+//! `state = 'sending'` would be redundant and lets Postgres, with fresh
+//! statistics on a new campaign, drive the batched update from the partial
+//! lease index instead of the primary key: quadratic, measured at 400 ms for
+//! 500 rows.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -219,7 +226,7 @@ impl Store {
              provider_message_id = v.column2, lease_owner = NULL, lease_expires_at = NULL \
              FROM (VALUES {}) AS v \
              WHERE messages.id = v.column1 AND messages.lease_owner = ? \
-             AND messages.state = 'sending' RETURNING messages.campaign_id",
+             RETURNING messages.campaign_id",
             rows(2, chunk.len())
         );
         returning_campaigns(txn, self.statement(&sql, values)).await
@@ -249,7 +256,7 @@ impl Store {
              lease_owner = NULL, lease_expires_at = NULL \
              FROM (VALUES {}) AS v \
              WHERE messages.id = v.column1 AND messages.lease_owner = ? \
-             AND messages.state = 'sending' RETURNING messages.campaign_id",
+             RETURNING messages.campaign_id",
             rows(3, chunk.len())
         );
         returning_campaigns(txn, self.statement(&sql, values)).await
@@ -280,7 +287,7 @@ impl Store {
              last_error_message = v.column4, lease_owner = NULL, lease_expires_at = NULL \
              FROM (VALUES {}) AS v \
              WHERE messages.id = v.column1 AND messages.lease_owner = ? \
-             AND messages.state = 'sending' RETURNING messages.campaign_id",
+             RETURNING messages.campaign_id",
             rows(4, chunk.len())
         );
         returning_campaigns(txn, self.statement(&sql, values)).await
@@ -437,7 +444,7 @@ impl Store {
         let sql = format!(
             "UPDATE messages SET state = 'queued', attempts = attempts - 1, \
              lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = ?, updated_at = ? \
-             WHERE lease_owner = ? AND state = 'sending' AND id IN ({}) RETURNING campaign_id",
+             WHERE lease_owner = ? AND id IN ({}) RETURNING campaign_id",
             placeholders(ids.len())
         );
         returning_campaigns(txn, self.statement(&sql, values)).await
