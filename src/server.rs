@@ -38,10 +38,18 @@ pub struct Server {
 impl Server {
     /// Connects to the database, migrates it, and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let hint = if config.database_url.starts_with("sqlite:") {
+            " (SQLite allows one process: is another Broadside using this file?)"
+        } else {
+            ""
+        };
         let store = Store::connect(&config.database_url)
             .await
-            .context("connecting to the database")?;
-        store.migrate().await.context("running migrations")?;
+            .with_context(|| format!("connecting to the database{hint}"))?;
+        store
+            .migrate()
+            .await
+            .with_context(|| format!("running migrations{hint}"))?;
 
         let listener = TcpListener::bind(config.listen)
             .await

@@ -1,6 +1,7 @@
 //! The `broadside` command line: `serve`, `migrate`, `bench`, and client commands.
 
 mod bench;
+mod client;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,20 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Measure ingest, dispatch, pacing, watch latency and memory end to end.
     Bench(bench::BenchArgs),
+    /// Manage campaigns on a running server.
+    Campaign {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        #[command(subcommand)]
+        command: client::CampaignCommand,
+    },
+    /// Send one transactional SMS through a running server.
+    Send {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        #[command(flatten)]
+        args: client::SendArgs,
+    },
 }
 
 /// Runs the command line; returns the process exit code.
@@ -46,6 +61,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Campaign { server, command } => client::campaign(&server, command).await,
+        Command::Send { server, args } => client::send(&server, args).await,
     }
 }
 

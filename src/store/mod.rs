@@ -54,9 +54,13 @@ impl Store {
                 .min_connections(1)
                 .acquire_timeout(Duration::from_secs(30))
                 .map_sqlx_sqlite_opts(|opts| {
+                    // Exclusive locking: a second process on the same file is
+                    // refused at start instead of corrupting the queue's
+                    // one-writer assumption.
                     opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                        .locking_mode(sea_orm::sqlx::sqlite::SqliteLockingMode::Exclusive)
                         .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
-                        .busy_timeout(Duration::from_secs(10))
+                        .busy_timeout(Duration::from_secs(2))
                         .foreign_keys(true)
                 });
         } else {
