@@ -355,7 +355,7 @@ async fn watch(client: &mut CampaignServiceClient<Channel>, id: String) -> anyho
     let mut last = None;
     while let Some(update) = stream.next().await {
         let update = update.map_err(explain)?;
-        let counts = update.counts.clone().unwrap_or_default();
+        let counts = update.counts.unwrap_or_default();
         match &bar {
             Some(bar) => {
                 bar.set_length(counts.total.max(0) as u64);
@@ -415,7 +415,7 @@ fn print_campaign(campaign: &pb::Campaign) {
         campaign.id,
         state_name(campaign.state),
         campaign.name,
-        counts_line(&campaign.counts.clone().unwrap_or_default())
+        counts_line(&campaign.counts.unwrap_or_default())
     );
 }
 
