@@ -1,4 +1,9 @@
-//! Tracing, Prometheus metrics and the per-RPC instrumentation.
+//! Tracing (logs and OpenTelemetry traces), Prometheus metrics and the per-RPC
+//! instrumentation.
+//!
+//! Traces are exported over OTLP/gRPC when the standard `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, and are off otherwise.
+//! Incoming `traceparent` metadata becomes the parent of the RPC's span.
 
 use std::{
     net::SocketAddr,
@@ -9,29 +14,88 @@ use std::{
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::config::LogFormat;
 
-/// Installs the global tracing subscriber: `RUST_LOG` filters (default
-/// `info`), text or JSON lines on stderr.
-pub fn init_tracing(format: LogFormat) {
+/// What [`init`] set up; [`Telemetry::shutdown`] flushes it.
+#[derive(Default)]
+pub struct Telemetry {
+    traces: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports spans still buffered. Call once, at exit.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.traces
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::warn!(error = %error, "flushing traces failed");
+        }
+    }
+}
+
+/// Whether the standard OpenTelemetry variables ask for trace export.
+fn otlp_requested() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.eq_ignore_ascii_case("none"));
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// Installs the global subscriber: `RUST_LOG` filters (default `info`), text
+/// or JSON lines on stderr, and OTLP trace export when configured. Must run
+/// inside the Tokio runtime (the OTLP client needs it).
+pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match format {
-        LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .try_init(),
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
+    let logs = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
     };
+
+    let mut telemetry = Telemetry::default();
+    let traces = if otlp_requested() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .context("building the OTLP span exporter from OTEL_* variables")?;
+        let mut resource = Resource::builder();
+        if std::env::var("OTEL_SERVICE_NAME").is_err() {
+            resource = resource.with_service_name("broadside");
+        }
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build();
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        // Traces keep Broadside's own spans whatever RUST_LOG says of logs.
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("broadside"))
+            .with_filter(EnvFilter::new("broadside=info"));
+        telemetry.traces = Some(provider);
+        Some(layer)
+    } else {
+        None
+    };
+
     // A second init (tests start many servers in one process) keeps the first.
-    let _ = result;
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .try_init();
+    Ok(telemetry)
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -39,6 +103,13 @@ fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                &[
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+            )
+            .expect("bucket list is not empty")
             .install_recorder()
             .expect("no other metrics recorder is installed")
     })
@@ -66,9 +137,30 @@ pub async fn serve_metrics(address: SocketAddr) -> anyhow::Result<SocketAddr> {
     Ok(bound)
 }
 
-/// A span per RPC, named for the method.
+/// A span per RPC, named for the method, continuing the caller's trace when
+/// it sent `traceparent`.
 pub fn grpc_span(request: &http::Request<()>) -> tracing::Span {
-    tracing::info_span!("grpc", method = %request.uri().path())
+    let path = request.uri().path();
+    let span =
+        tracing::info_span!("grpc", otel.name = %path.trim_start_matches('/'), rpc.method = %path);
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(request.headers()))
+    });
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Reads propagation headers from gRPC metadata.
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
 }
 
 /// Counts RPCs by method and status code, and times them.

@@ -44,20 +44,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::try_from(*args)?;
-            crate::telemetry::init_tracing(config.log_format);
+            let telemetry = crate::telemetry::init(config.log_format)?;
             let server = crate::server::Server::start(config).await?;
             let token = server.shutdown_token();
             tokio::spawn(async move {
                 wait_for_signal().await;
                 token.cancel();
             });
-            server.wait().await
+            let result = server.wait().await;
+            telemetry.shutdown();
+            result
         }
         Command::Migrate(args) => {
-            crate::telemetry::init_tracing(crate::config::LogFormat::Text);
+            let telemetry = crate::telemetry::init(crate::config::LogFormat::Text)?;
             let store = crate::store::Store::connect(&args.database_url).await?;
             store.migrate().await?;
             tracing::info!("migrations applied");
+            telemetry.shutdown();
             Ok(())
         }
         Command::Bench(args) => bench::run(args).await,

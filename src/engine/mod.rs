@@ -149,24 +149,11 @@ impl Engine {
             tracker: TaskTracker::new(),
         });
         let (outcomes, received) = mpsc::channel(RECORD_BATCH * 4);
-        inner.tracker.spawn(
-            inner
-                .clone()
-                .dispatch(outcomes)
-                .instrument(tracing::info_span!("dispatcher")),
-        );
-        inner.tracker.spawn(
-            inner
-                .clone()
-                .record(received)
-                .instrument(tracing::info_span!("recorder")),
-        );
-        inner.tracker.spawn(
-            inner
-                .clone()
-                .housekeep()
-                .instrument(tracing::info_span!("housekeeper")),
-        );
+        // No span wraps these loops: they live as long as the process, so
+        // each batch gets a span of its own instead.
+        inner.tracker.spawn(inner.clone().dispatch(outcomes));
+        inner.tracker.spawn(inner.clone().record(received));
+        inner.tracker.spawn(inner.clone().housekeep());
         Self { inner }
     }
 
@@ -216,14 +203,15 @@ impl Inner {
                 continue;
             }
 
-            tracing::debug!(claimed = claimed.len(), "claimed a batch");
+            // One span per batch, open until its last send is handed over.
+            let batch = tracing::info_span!("dispatch_batch", size = claimed.len());
             self.in_flight
                 .fetch_add(claimed.len() as i64, Ordering::AcqRel);
             metrics::gauge!("broadside_in_flight")
                 .set(self.in_flight.load(Ordering::Relaxed) as f64);
             for message in claimed {
-                self.tracker
-                    .spawn(self.clone().send(message, outcomes.clone()));
+                let send = self.clone().send(message, outcomes.clone());
+                self.tracker.spawn(send.instrument(batch.clone()));
             }
         }
     }
@@ -367,6 +355,7 @@ impl Inner {
 
     /// Records one batch, retrying until the database takes it: an outcome
     /// dropped here would send its message again once the lease expired.
+    #[tracing::instrument(name = "record_batch", skip_all, fields(size = batch.len()))]
     async fn record_batch(&self, batch: &[Recorded]) {
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -418,6 +407,10 @@ impl Inner {
                 }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(error = %error, "starting scheduled campaigns failed"),
+            }
+            match self.store.queue_depth().await {
+                Ok(depth) => metrics::gauge!("broadside_queue_depth").set(depth as f64),
+                Err(error) => tracing::warn!(error = %error, "reading the queue depth failed"),
             }
             match self.store.rescue_expired(now, at_most_once).await {
                 Ok(0) => {}
