@@ -46,6 +46,10 @@ use crate::store::{
 
 /// Outcomes recorded per transaction, at most.
 const RECORD_BATCH: usize = 1000;
+/// How long the recorder waits for more outcomes before writing a small batch:
+/// at low rates outcomes trickle in, and a transaction per handful would cost
+/// more than the sends.
+const RECORD_GATHER: Duration = Duration::from_millis(20);
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -183,9 +187,10 @@ impl Inner {
     /// Claims while there is room, spawning a send per claimed message.
     async fn dispatch(self: Arc<Self>, outcomes: mpsc::Sender<Recorded>) {
         let mut rotation = 0;
+        let mut refreshed = tokio::time::Instant::now();
         while !self.shutdown.is_cancelled() {
             let room = self.target_in_flight().await - self.in_flight.load(Ordering::Acquire);
-            let claimed = match self.claim_round(room, &mut rotation).await {
+            let claimed = match self.claim_round(room, &mut rotation, &mut refreshed).await {
                 Ok(claimed) => claimed,
                 Err(error) => {
                     tracing::warn!(error = %error, "claim failed; will retry");
@@ -232,9 +237,16 @@ impl Inner {
         &self,
         room: i64,
         rotation: &mut usize,
+        refreshed: &mut tokio::time::Instant,
     ) -> Result<Vec<Claimed>, crate::store::StoreError> {
+        // With no room, the running set is still refreshed once per poll
+        // interval, so sends of a paused campaign stop within that.
+        if room <= 0 && refreshed.elapsed() < self.config.poll_interval {
+            return Ok(Vec::new());
+        }
         let running = self.store.running_campaigns().await?;
         self.running.replace(&running);
+        *refreshed = tokio::time::Instant::now();
         if room <= 0 {
             return Ok(Vec::new());
         }
@@ -343,6 +355,15 @@ impl Inner {
     async fn record(self: Arc<Self>, mut received: mpsc::Receiver<Recorded>) {
         let mut batch = Vec::with_capacity(RECORD_BATCH);
         while received.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+            let deadline = tokio::time::Instant::now() + RECORD_GATHER;
+            while batch.len() < RECORD_BATCH {
+                let room = RECORD_BATCH - batch.len();
+                match tokio::time::timeout_at(deadline, received.recv_many(&mut batch, room)).await
+                {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
             self.record_batch(&batch).await;
             self.in_flight
                 .fetch_sub(batch.len() as i64, Ordering::AcqRel);

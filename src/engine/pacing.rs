@@ -66,6 +66,10 @@ struct State {
     /// Acceptances per 100 ms, for the last second.
     window: [u64; 10],
     window_tick: i64,
+    /// Since when acceptances have been flowing without a pause of a second
+    /// or more; the window only speaks for the time it covers.
+    flowing_since_us: i64,
+    last_accept_us: i64,
 }
 
 /// Paces one provider account.
@@ -113,6 +117,8 @@ impl Pacer {
                 accepted: 0,
                 window: [0; 10],
                 window_tick: now / 100_000,
+                flowing_since_us: 0,
+                last_accept_us: 0,
             }),
         }
     }
@@ -237,6 +243,10 @@ impl Pacer {
 
 impl State {
     fn count_accepted(&mut self, now: i64) {
+        if now - self.last_accept_us > 1_000_000 {
+            self.flowing_since_us = now;
+        }
+        self.last_accept_us = now;
         self.roll_window(now);
         self.window[(self.window_tick % 10) as usize] += 1;
         self.accepted += 1;
@@ -261,15 +271,22 @@ impl State {
         if now - self.last_decrease_us < DECREASE_SPACING_US {
             return;
         }
+        // The provider's real limit is about what it accepted lately. Drop
+        // to that, by at least 10% and at most half at a time.
         self.roll_window(now);
-        let observed: u64 = self.window.iter().sum();
+        let accepted: u64 = self.window.iter().sum();
+        let covered = ((now - self.flowing_since_us) as f64 / 1e6).clamp(0.1, 1.0);
+        let observed = accepted as f64 / covered;
         let floor = (configured * FLOOR).max(1.0).min(configured);
-        let next = (self.current_rate * 0.9).min(observed as f64).max(floor);
+        let next = observed
+            .clamp(self.current_rate * 0.5, self.current_rate * 0.9)
+            .max(floor);
         self.current_rate = next;
         self.last_decrease_us = now;
         self.last_adjust_us = now;
-        // Slots already reserved at the old rate are given up.
-        self.remaining = 0;
+        // Slots already reserved (a tenth of a second at most) are still used:
+        // they are spent in the shared budget, and giving them up would idle
+        // the provider for that long after every throttle.
     }
 
     fn recover(&mut self, now: i64, configured: f64) {
@@ -359,6 +376,12 @@ where
 mod tests {
     use super::*;
 
+    fn state_at(rate: f64) -> State {
+        let mut state = state(1000.0);
+        state.current_rate = rate;
+        state
+    }
+
     fn state(rate: f64) -> State {
         State {
             current_rate: rate,
@@ -372,6 +395,8 @@ mod tests {
             accepted: 0,
             window: [0; 10],
             window_tick: 0,
+            flowing_since_us: 0,
+            last_accept_us: 0,
         }
     }
 
@@ -379,12 +404,46 @@ mod tests {
     fn a_throttle_drops_to_the_rate_the_provider_accepted() {
         let mut state = state(1000.0);
         let now = 10_000_000;
-        for i in 0..500 {
-            state.count_accepted(now - 900_000 + i * 1800);
+        for i in 0..600 {
+            state.count_accepted(now - 1_900_000 + i * 3_000);
+        }
+        // 600 accepted over 1.8 s of flow, about 333 in the last second.
+        state.throttle(now, None, 1000.0);
+        assert!(
+            (state.current_rate - 500.0).abs() < 1.0,
+            "halves at most: {}",
+            state.current_rate
+        );
+        assert_eq!(state.throttle_events, 1);
+
+        let mut state = state_at(800.0);
+        for i in 0..700 {
+            state.count_accepted(now - 1_000_000 + i * 1_400);
         }
         state.throttle(now, None, 1000.0);
-        assert_eq!(state.current_rate, 500.0);
-        assert_eq!(state.throttle_events, 1);
+        // About 700/s accepted (the window holds 0.9 to 1 s of it), and a
+        // decrease is at least 10%.
+        assert!(
+            (600.0..=720.0).contains(&state.current_rate),
+            "{}",
+            state.current_rate
+        );
+    }
+
+    #[test]
+    fn a_throttle_early_in_a_run_reads_the_window_for_the_time_it_covers() {
+        let mut state = state(1000.0);
+        let now = 10_000_000;
+        // Only 100 ms of flow: 55 accepted is 550/s, not 55/s.
+        for i in 0..55 {
+            state.count_accepted(now - 100_000 + i * 1_800);
+        }
+        state.throttle(now, None, 1000.0);
+        assert!(
+            (state.current_rate - 550.0).abs() < 60.0,
+            "{}",
+            state.current_rate
+        );
     }
 
     #[test]
@@ -399,7 +458,7 @@ mod tests {
 
     #[test]
     fn the_rate_never_falls_below_its_floor() {
-        let mut state = state(1000.0);
+        let mut state = state_at(30.0);
         state.throttle(10_000_000, None, 1000.0);
         assert_eq!(state.current_rate, 20.0);
     }
