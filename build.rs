@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/broadside/v1/campaign.proto",
         "proto/broadside/v1/dispatch.proto",
+        // Only for reflection: lets clients decode INVALID_ARGUMENT details.
+        "proto/google/rpc/error_details.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

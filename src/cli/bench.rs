@@ -143,7 +143,9 @@ async fn measure(
     let mut last = None;
     while let Some(update) = latency_watcher.next().await {
         let update = update?;
-        if let Some(observed) = &update.observed_at {
+        // The first update was read before the start and waited in the
+        // stream while watchers were opened: not a latency sample.
+        if let Some(observed) = update.observed_at.as_ref().filter(|_| last.is_some()) {
             let observed_ms = observed.seconds * 1000 + i64::from(observed.nanos) / 1_000_000;
             latencies_ms.push((chrono::Utc::now().timestamp_millis() - observed_ms) as f64);
         }
