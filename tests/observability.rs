@@ -4,24 +4,30 @@
 mod common;
 
 use std::{
-    process::Stdio,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use broadside::{
-    fake_twilio::{self, FakeConfig, FakeTwilio, Scripted},
-    pb::{self, campaign_service_client::CampaignServiceClient},
+    fake_twilio::{FakeConfig, FakeTwilio, Scripted},
+    pb,
 };
-use common::*;
+use common::{
+    process::{Process, wait_completed},
+    *,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
     trace_service_server::{TraceService, TraceServiceServer},
 };
-use tokio::process::{Child, Command};
-use tonic::transport::Channel;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_broadside");
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 /// Spans received: (name, trace id in hex).
 #[derive(Clone, Default)]
@@ -45,67 +51,8 @@ impl TraceService for Collector {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start(db: &TestDb, fake: &FakeTwilio, env: &[(&str, String)]) -> (Child, String) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut command = Command::new(BINARY);
-    command
-        .arg("serve")
-        .env("BROADSIDE_LISTEN", &addr)
-        .env("BROADSIDE_DATABASE_URL", &db.url)
-        .env("BROADSIDE_PROVIDER", "twilio")
-        .env("TWILIO_ACCOUNT_SID", fake_twilio::ACCOUNT_SID)
-        .env("TWILIO_AUTH_TOKEN", fake_twilio::AUTH_TOKEN)
-        .env("TWILIO_API_BASE", fake.base_url())
-        .env("BROADSIDE_QUEUE_BACKOFF_MS", "50")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let child = command.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .is_ok()
-        {
-            return (child, addr);
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn terminate(mut child: Child) {
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-}
-
-async fn run_campaign(addr: &str, n: usize, metadata: Option<&str>) -> String {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = CampaignServiceClient::new(channel);
+/// Creates and starts a campaign, optionally under a caller's trace.
+async fn start_campaign(process: &Process, n: usize, traceparent: Option<&str>) -> String {
     let mut request = tonic::Request::new(pb::CreateCampaignRequest {
         name: "otel".into(),
         body: "Hello {{name}}".into(),
@@ -114,11 +61,12 @@ async fn run_campaign(addr: &str, n: usize, metadata: Option<&str>) -> String {
         start: true,
         ..Default::default()
     });
-    if let Some(traceparent) = metadata {
+    if let Some(traceparent) = traceparent {
         request
             .metadata_mut()
             .insert("traceparent", traceparent.parse().unwrap());
     }
+    let mut client = process.client().await;
     client
         .create_campaign(request)
         .await
@@ -127,32 +75,6 @@ async fn run_campaign(addr: &str, n: usize, metadata: Option<&str>) -> String {
         .campaign
         .unwrap()
         .id
-}
-
-async fn wait_completed(addr: &str, id: &str) {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = CampaignServiceClient::new(channel);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let campaign = client
-            .get_campaign(pb::GetCampaignRequest {
-                campaign_id: id.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .campaign
-            .unwrap();
-        if campaign.state == pb::CampaignState::Completed as i32 {
-            return;
-        }
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -170,16 +92,16 @@ async fn spans_reach_a_local_otlp_collector_and_continue_the_callers_trace() {
     let db = TestDb::new().await;
     let fake = FakeTwilio::start(FakeConfig::default()).await.unwrap();
     let env = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
-        ("BROADSIDE_METRICS_LISTEN", "off".to_string()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
-    let (child, addr) = start(&db, &fake, &env).await;
+    let process = Process::start(&db, &fake, &env).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
-    let id = run_campaign(&addr, 20, Some(&traceparent)).await;
-    wait_completed(&addr, &id).await;
-    terminate(child).await; // shutdown flushes the exporter
+    let id = start_campaign(&process, 20, Some(&traceparent)).await;
+    wait_completed(&mut process.client().await, &id).await;
+    process.signal("-TERM"); // shutdown flushes the exporter
+    process.wait(Duration::from_secs(30)).await;
 
     let spans = collector.0.lock().unwrap().clone();
     let named = |name: &str| spans.iter().filter(|(n, _)| n == name).count();
@@ -220,15 +142,15 @@ async fn metrics_show_dispatch_moving_while_a_campaign_runs() {
     );
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let env = [
-        ("BROADSIDE_METRICS_LISTEN", metrics_addr.clone()),
-        ("BROADSIDE_RATE_LIMIT", "200".to_string()),
+        ("BROADSIDE_METRICS_LISTEN", metrics_addr.as_str()),
+        ("BROADSIDE_RATE_LIMIT", "200"),
     ];
-    let (child, addr) = start(&db, &fake, &env).await;
+    let process = Process::start(&db, &fake, &env).await;
     let url = format!("http://{metrics_addr}/metrics");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let scrape = || async { reqwest::get(&url).await.unwrap().text().await.unwrap() };
 
-    let id = run_campaign(&addr, 600, None).await;
+    let id = start_campaign(&process, 600, None).await;
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let during = scrape().await;
     let sent = r#"outcome="sent""#;
@@ -250,9 +172,10 @@ async fn metrics_show_dispatch_moving_while_a_campaign_runs() {
         sample(&during, "broadside_pacing_rate", &[]).is_some(),
         "{during}"
     );
-    wait_completed(&addr, &id).await;
+    wait_completed(&mut process.client().await, &id).await;
     let after = scrape().await;
-    terminate(child).await;
+    process.signal("-TERM");
+    process.wait(Duration::from_secs(30)).await;
 
     let late = sample(&after, "broadside_messages_total", &[sent]).unwrap();
     assert!(

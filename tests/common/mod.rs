@@ -9,6 +9,8 @@
     reason = "each test binary uses a different part of the harness"
 )]
 
+pub mod process;
+
 use std::{collections::HashMap, time::Duration};
 
 use broadside::{
