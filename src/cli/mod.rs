@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, DatabaseArgs, ServeArgs};
@@ -57,8 +58,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate(args) => {
             let telemetry = crate::telemetry::init(crate::config::LogFormat::Text)?;
-            let store = crate::store::Store::connect(&args.database_url).await?;
-            store.migrate().await?;
+            let store = crate::store::Store::connect(&args.database_url)
+                .await
+                .context("connecting to the database")?;
+            store.migrate().await.context("running migrations")?;
             tracing::info!("migrations applied");
             telemetry.shutdown();
             Ok(())
