@@ -44,6 +44,8 @@ use crate::store::{
     queue::{Claimed, Recorded},
 };
 
+/// How often the queue depth gauge is refreshed.
+const QUEUE_DEPTH_EVERY: Duration = Duration::from_secs(5);
 /// Outcomes recorded per transaction, at most.
 const RECORD_BATCH: usize = 1000;
 /// How long the recorder waits for more outcomes before writing a small batch:
@@ -416,6 +418,7 @@ impl Inner {
     /// Starts scheduled campaigns and rescues expired leases, periodically.
     async fn housekeep(self: Arc<Self>) {
         let at_most_once = self.config.policy.delivery == crate::domain::Delivery::AtMostOnce;
+        let mut depth_read_at: Option<tokio::time::Instant> = None;
         loop {
             let now = now_millis();
             match self.store.activate_scheduled(now).await {
@@ -429,9 +432,14 @@ impl Inner {
                 Ok(_) => {}
                 Err(error) => tracing::warn!(error = %error, "starting scheduled campaigns failed"),
             }
-            match self.store.queue_depth().await {
-                Ok(depth) => metrics::gauge!("broadside_queue_depth").set(depth as f64),
-                Err(error) => tracing::warn!(error = %error, "reading the queue depth failed"),
+            // Counting the queue scans every waiting row, so the gauge is
+            // refreshed every few seconds, not every tick.
+            if depth_read_at.is_none_or(|at| at.elapsed() >= QUEUE_DEPTH_EVERY) {
+                depth_read_at = Some(tokio::time::Instant::now());
+                match self.store.queue_depth().await {
+                    Ok(depth) => metrics::gauge!("broadside_queue_depth").set(depth as f64),
+                    Err(error) => tracing::warn!(error = %error, "reading the queue depth failed"),
+                }
             }
             match self.store.rescue_expired(now, at_most_once).await {
                 Ok(0) => {}
