@@ -588,7 +588,6 @@ async fn two_engines_on_one_postgres_database_share_the_work_and_the_rate() {
         "finished in {elapsed:?}: over the rate"
     );
 
-    let owners = first.server.store.clone();
     let providers: std::collections::HashSet<_> = first
         .messages(&campaign.id)
         .await
@@ -596,7 +595,6 @@ async fn two_engines_on_one_postgres_database_share_the_work_and_the_rate() {
         .map(|m| m.provider)
         .collect();
     assert_eq!(providers.len(), 1);
-    drop(owners);
     second.stop().await;
     first.stop().await;
 }

@@ -84,8 +84,8 @@ pub struct DispatchStats {
     pub queue_depth: i64,
 }
 
-/// The campaigns this replica last saw RUNNING, refreshed every dispatch
-/// round; a send whose campaign left the set is not started.
+/// The campaigns this replica last saw RUNNING, refreshed before every claim
+/// and at least once per poll interval; a send whose campaign left the set is not started.
 #[derive(Debug, Clone, Default)]
 pub struct RunningCampaigns(Arc<RwLock<HashSet<String>>>);
 
